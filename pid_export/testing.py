@@ -40,6 +40,7 @@ def pidml_branches(n: int, seed: int = 0, *, pdg: Sequence[int] = (211, 321, 221
     phi = rng.uniform(0, 2 * np.pi, n)
     eta = rng.uniform(-0.9, 0.9, n)
     has_tof = rng.random(n) < 0.6
+    has_bayes = rng.random(n) < 0.1
     out = {
         "fPt": pt,
         "fPx": (pt * np.cos(phi)).astype(np.float32),
@@ -57,7 +58,7 @@ def pidml_branches(n: int, seed: int = 0, *, pdg: Sequence[int] = (211, 321, 221
     for i, sp in enumerate(("Pi", "Ka", "Pr", "El")):
         out[f"fTPCNSigma{sp}"] = (rng.normal(0, 1, n) + 3 * (cls - i)).astype(np.float32)
         out[f"fTOFNSigma{sp}"] = np.where(has_tof, rng.normal(0, 1, n) + 3 * (cls - i), -999).astype(np.float32)
-        out[f"fBayes{sp}"] = np.where(rng.random(n) < 0.1, np.where(cls == i, 70, 10), -1).astype(np.int8)
+        out[f"fBayes{sp}"] = np.where(has_bayes, np.where(cls == i, 70, 10), -1).astype(np.int8)
     return out
 
 
