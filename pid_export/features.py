@@ -11,7 +11,7 @@ Encoding rules, identical in Python and in the generated C++ header:
 * every value of an absent detector is a quiet NaN, and so is any value at or below
   ``SENTINEL_CUT`` (AO2D writes -999 for absent TOF and TPC values);
 * Bayesian probabilities arrive in percent and become probabilities (``percent / 100``
-  in float32); they count as available only when all four are finite and >= 0;
+  in float32); they count as available only when all four lie in [0, 100];
 * the three flags (``bayes_available``, ``has_tpc``, ``has_tof``) are 1.0 or 0.0.
 """
 
@@ -184,7 +184,7 @@ def encode(raw: Mapping[str, np.ndarray], n: int | None = None) -> np.ndarray:
         [np.asarray(get(k), dtype=np.float32) for k in ("bayesPi", "bayesKa", "bayesPr", "bayesEl")],
         axis=1,
     )
-    available = np.all(percent >= 0, axis=1)  # False for NaN too
+    available = np.all((percent >= 0) & (percent <= 100), axis=1)  # False for NaN and inf
     prob = percent / np.float32(100.0)
     prob[~available] = np.nan
     x[:, 13:17] = prob
