@@ -1,10 +1,14 @@
 """The O2 contract checks (DESIGN §3) on any ONNX model.
 
 Takes a path, bytes or an ``onnx.ModelProto`` and hands on a list of named
-:class:`Check` results, each with pass/fail and a one-line reason. Static checks read the
-graph; runtime checks load it in onnxruntime and feed rows (random, and with absent
-detectors as NaN). :func:`assert_contract` raises :class:`ContractError` listing every
-failure; the export gate, ``pid-export validate`` and the CCDB upload all use it.
+:class:`Check` results, each PASS, FAIL, WARN (an optional check that failed) or SKIP
+(could not run, or not asked for), with a one-line reason. Static checks read the graph;
+behaviour checks (:mod:`.validate_behaviour`) load it in onnxruntime and feed probe rows:
+plausible tracks, every absent-detector pattern, all-NaN rows and edge values. With
+``o2_runtime=True`` the behaviour checks run a second time under onnxruntime 1.22, the
+version O2 builds (:mod:`.validate_o2`). :func:`assert_contract` raises
+:class:`ContractError` listing every failure; the export gate, ``pid-export validate``,
+``predict`` and the CCDB upload all use these same checks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import validate_behaviour
 from .errors import ContractError
 from .export import (
     MAX_IR_VERSION,
@@ -30,19 +35,41 @@ from .features import CLASS_NAMES, CLASS_PDG, FEATURE_NAMES, N_CLASSES, N_FEATUR
 log = logging.getLogger(__name__)
 
 #: How far a probability row may sum from 1 (float32 softmax/averaging round-off).
-SUM_TOLERANCE = 1e-4
+SUM_TOLERANCE = validate_behaviour.SUM_TOLERANCE
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 
 
 @dataclass
 class Check:
+    """One named verdict. ``required`` checks decide the exit code; a skipped check is never
+    required (it did not run: either another check's failure stopped it, or it was not
+    asked for)."""
+
     name: str
     passed: bool
     reason: str
     required: bool = True
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.skipped:
+            return "SKIP"
+        if self.passed:
+            return "PASS"
+        return "FAIL" if self.required else "WARN"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Check:
+        return cls(name=d["name"], passed=bool(d["passed"]), reason=d["reason"],
+                   required=bool(d.get("required", True)), skipped=bool(d.get("skipped", False)))
+
+
+def skipped(name: str, reason: str) -> Check:
+    return Check(name, False, reason, required=False, skipped=True)
 
 
 def _as_model(model_or_path):
@@ -78,8 +105,9 @@ def static_checks(model) -> list[Check]:
     ir = model.ir_version
     checks.append(Check(
         "ir_version", ir <= MAX_IR_VERSION,
-        f"IR {ir}" + ("" if ir <= MAX_IR_VERSION else f" > {MAX_IR_VERSION}: onnxruntime 1.22 "
-                      "refuses it ('Unsupported model IR version')")))
+        f"IR {ir} <= {MAX_IR_VERSION}" if ir <= MAX_IR_VERSION else
+        f"IR {ir} > {MAX_IR_VERSION}: onnxruntime 1.22 refuses it ('Unsupported model IR "
+        "version'); export with a lower IR version"))
 
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     bad = []
@@ -129,14 +157,20 @@ def static_checks(model) -> list[Check]:
         "no_map_outputs", not non_tensor and not zipmap,
         "all outputs are tensors" if not non_tensor and not zipmap else
         f"non-tensor outputs {non_tensor} / ZipMap nodes {zipmap}: O2 reads plain tensors"))
-    if outputs:
+    if outputs and not outputs[-1].type.HasField("tensor_type"):
+        checks.append(skipped("last_output_probabilities",
+                              f"last output {outputs[-1].name!r} is not a tensor (see no_map_outputs)"))
+    elif outputs:
         last = outputs[-1]
         ok_type = last.type.HasField("tensor_type") and last.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         dims = _dims(last) if last.type.HasField("tensor_type") else []
-        shape_ok = len(dims) == 2 and dims[1] in (N_CLASSES, None) and not (
-            isinstance(dims[0], int) and dims[0] not in (1,))
+        # A fixed batch is the input check's verdict; here only rank and class count count.
+        shape_ok = len(dims) == 2 and dims[1] in (N_CLASSES, None)
         reason = f"last output {last.name!r} {dims}"
-        if not ok_type:
+        if ok_type and not dims:
+            shape_ok = True
+            reason = f"last output {last.name!r} float32, no static shape (probabilities_shape runs it)"
+        elif not ok_type:
             reason += ": not float32"
         elif not shape_ok:
             reason += f": expected [N, {N_CLASSES}] (MlResponse reads the last output)"
@@ -150,6 +184,7 @@ def static_checks(model) -> list[Check]:
                         f"{len(external)} tensors in external files ({external[0]}...): "
                         "the CCDB holds one blob"))
     checks.append(metadata_check(model))
+    checks.append(provenance_check(model))
     return checks
 
 
@@ -198,9 +233,25 @@ def metadata_check(model) -> Check:
                  "feature names, classes, PDG codes and missing value match the specification")
 
 
-def probe_rows(n: int = 256, seed: int = 0) -> np.ndarray:
-    """Plausible rows plus every absent-detector pattern plus an all-NaN row."""
-    from .features import ABSENT_GROUPS, mask_groups
+#: Metadata a person needs to trust an artefact without the training code (DESIGN §3).
+PROVENANCE_METADATA = ("model_kind", "momentum_range", "training_data_digest", "package_version",
+                       "creation_time")
+
+
+def provenance_check(model) -> Check:
+    """Optional: the descriptive metadata keys the main job writes."""
+    props = {p.key for p in model.metadata_props}
+    missing = [k for k in PROVENANCE_METADATA if k not in props]
+    return Check("metadata_provenance", not missing,
+                 "model kind, momentum range, data digest, version and time recorded"
+                 if not missing else f"no {', '.join(missing)} in the metadata: readers cannot tell "
+                 "what the model is or how it was checked", required=False)
+
+
+def probe_blocks(n: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
+    """Named probe rows: plausible tracks, each absent-detector pattern, all NaN, edges."""
+    from .features import mask_groups
+    from .parity import absent_patterns, edge_blocks
 
     rng = np.random.default_rng(seed)
     x = np.empty((n, N_FEATURES), dtype=np.float32)
@@ -211,85 +262,84 @@ def probe_rows(n: int = 256, seed: int = 0) -> np.ndarray:
     x[:, 4:8] = rng.normal(0, 3, (n, 4))
     x[:, 8] = rng.uniform(0.3, 1.0, n)
     x[:, 9:13] = rng.normal(0, 3, (n, 4))
-    p = rng.dirichlet(np.ones(4), n)
-    x[:, 13:17] = p
+    x[:, 13:17] = rng.dirichlet(np.ones(4), n)
     x[:, 17] = 1
     x[:, 18:20] = rng.normal(0, 0.01, (n, 2))
     x[:, 20:22] = 1
-    parts = [x]
-    import itertools
+    blocks = {"plausible": x}
+    for combo in absent_patterns():
+        blocks["no " + "+".join(combo)] = mask_groups(x[:16], combo)
+    blocks["all NaN"] = np.full((4, N_FEATURES), np.nan, dtype=np.float32)
+    blocks.update(edge_blocks(x))
+    return blocks
 
-    for k in range(1, len(ABSENT_GROUPS) + 1):
-        for combo in itertools.combinations(ABSENT_GROUPS, k):
-            parts.append(mask_groups(x[:16], combo))
-    parts.append(np.full((1, N_FEATURES), np.nan, dtype=np.float32))
-    return np.concatenate(parts)
+
+def probe_rows(n: int = 256, seed: int = 0) -> np.ndarray:
+    """All probe rows of :func:`probe_blocks` in one array."""
+    return np.concatenate(list(probe_blocks(n, seed).values()))
 
 
 def runtime_checks(model_bytes_: bytes) -> list[Check]:
-    """Load with onnxruntime and check the last output on probe rows."""
-    import onnxruntime as ort
-
-    try:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(model_bytes_, opts, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        return [Check("loads_in_onnxruntime", False, f"onnxruntime refused the model: {err}")]
-    checks = [Check("loads_in_onnxruntime", True, f"onnxruntime {ort.__version__}")]
-    inputs = sess.get_inputs()
-    if len(inputs) != 1:
-        return checks
-    rows = probe_rows()
-    try:
-        out = sess.run(None, {inputs[0].name: rows})[-1]
-    except Exception as err:
-        checks.append(Check("runs_on_probe_rows", False, f"inference failed on [N, 22] float32 rows: {err}"))
-        return checks
-    out = np.asarray(out)
-    if out.shape != (len(rows), N_CLASSES):
-        checks.append(Check("probabilities_shape", False,
-                            f"last output has shape {out.shape} for {len(rows)} rows, expected "
-                            f"({len(rows)}, {N_CLASSES})"))
-        return checks
-    checks.append(Check("probabilities_shape", True, f"[N, {N_CLASSES}] for N = {len(rows)}"))
-    finite = np.isfinite(out).all(axis=1)
-    checks.append(Check("finite_with_nan_inputs", bool(finite.all()),
-                        "finite for all rows incl. absent detectors and an all-NaN row" if finite.all()
-                        else f"{int((~finite).sum())} of {len(rows)} rows give NaN/inf "
-                        "(absent-detector or all-NaN rows)"))
-    sums = out.sum(axis=1)
-    dev = float(np.nanmax(np.abs(sums - 1.0))) if finite.any() else float("nan")
-    in_range = bool(((out >= -1e-6) & (out <= 1 + 1e-6))[finite].all())
-    ok = bool(finite.any()) and dev <= SUM_TOLERANCE and in_range
-    checks.append(Check("rows_sum_to_one", ok,
-                        f"max |sum - 1| = {dev:.2e}" + ("" if ok else
-                        " : the last output is not class probabilities (missing softmax?)")))
+    """The behaviour checks under this environment's onnxruntime."""
+    rows, _ = validate_behaviour.run_checks(model_bytes_, probe_blocks())
+    checks = [Check.from_dict(r) for r in rows]
+    ran_clean = all(c.passed or c.skipped for c in checks)
+    for c in checks:
+        if ran_clean and c.skipped:
+            # The graph looked right to the static checks, yet onnxruntime sees a signature
+            # the rows cannot be fed to: that disagreement is itself a fault.
+            c.skipped, c.required = False, True
+            c.reason = c.reason.replace("skipped: ", "cannot run: ", 1)
     return checks
 
 
-def check_contract(model_or_path, *, runtime: bool = True) -> list[Check]:
-    """All contract checks on a model given as a path, bytes or ModelProto."""
+#: Static checks whose failure means the probe rows cannot be fed as O2 feeds them.
+RUNTIME_PRECONDITIONS = ("single_input", "input_float32", "input_shape", "no_map_outputs",
+                         "no_external_data")
+
+
+def _model_bytes(model_or_path, model) -> bytes:
+    if isinstance(model_or_path, (bytes, bytearray)):
+        return bytes(model_or_path)
+    if isinstance(model_or_path, (str, Path)):
+        return Path(model_or_path).read_bytes()
+    return model.SerializeToString()
+
+
+def check_contract(model_or_path, *, runtime: bool = True, o2_runtime: bool = False) -> list[Check]:
+    """All contract checks on a model given as a path, bytes or ModelProto.
+
+    ``runtime`` adds the behaviour checks under the installed onnxruntime; ``o2_runtime``
+    adds them under onnxruntime 1.22 in its own cached environment (slow the first time:
+    it installs that environment from the package index).
+    """
     model = _as_model(model_or_path)
     checks = static_checks(model)
+    if not (runtime or o2_runtime):
+        return checks
+    data = _model_bytes(model_or_path, model)
+    blocked = [c.name for c in checks if c.name in RUNTIME_PRECONDITIONS and not c.passed]
     if runtime:
-        if isinstance(model_or_path, (bytes, bytearray)):
-            data = bytes(model_or_path)
-        elif isinstance(model_or_path, (str, Path)):
-            data = Path(model_or_path).read_bytes()
+        if blocked:
+            why = f"skipped: the model cannot be fed as O2 feeds it (see {', '.join(blocked)})"
+            checks.extend(skipped(name, why) for name in validate_behaviour.CHECK_NAMES)
         else:
-            data = model.SerializeToString()
-        checks.extend(runtime_checks(data))
+            checks.extend(runtime_checks(data))
+    if o2_runtime:
+        from .validate_o2 import o2_runtime_checks
+
+        checks.extend(o2_runtime_checks(data, probe_blocks()))
     return checks
 
 
 def failures(checks: list[Check]) -> list[Check]:
-    return [c for c in checks if c.required and not c.passed]
+    """Required checks that did not pass (skipped checks are never required)."""
+    return [c for c in checks if c.required and not c.passed and not c.skipped]
 
 
-def assert_contract(model_or_path, *, runtime: bool = True) -> list[Check]:
+def assert_contract(model_or_path, *, runtime: bool = True, o2_runtime: bool = False) -> list[Check]:
     """Run :func:`check_contract`; raise :class:`ContractError` naming every failure."""
-    checks = check_contract(model_or_path, runtime=runtime)
+    checks = check_contract(model_or_path, runtime=runtime, o2_runtime=o2_runtime)
     bad = failures(checks)
     if bad:
         where = f"{model_or_path}: " if isinstance(model_or_path, (str, Path)) else ""
@@ -299,9 +349,20 @@ def assert_contract(model_or_path, *, runtime: bool = True) -> list[Check]:
 
 
 def format_checks(checks: list[Check]) -> list[str]:
-    """One line per check, marked PASS/FAIL (or WARN for optional ones)."""
-    lines = []
+    """One line per check, marked PASS, FAIL, WARN (optional, failed) or SKIP.
+
+    Consecutive checks skipped for the same reason share one line.
+    """
+    groups: list[list[Check]] = []
     for c in checks:
-        mark = "PASS" if c.passed else ("FAIL" if c.required else "WARN")
-        lines.append(f"  [{mark}] {c.name:<28} {c.reason}")
-    return lines
+        prev = groups[-1][-1] if groups else None
+        if prev is not None and c.skipped and prev.skipped and c.reason == prev.reason:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+
+    def label(g: list[Check]) -> str:
+        return g[0].name if len(g) == 1 else f"{g[0].name} +{len(g) - 1} more"
+
+    width = max([28, *(len(label(g)) + 1 for g in groups)])
+    return [f"  [{g[0].status}] {label(g):<{width}} {g[0].reason}" for g in groups]

@@ -2,9 +2,11 @@
 
 Takes held-out rows, a native ``predict_proba`` and the serialised ONNX model, and hands
 on a :class:`ParityResult`: the max and 99.9th-percentile absolute difference, argmax
-agreement, figures per absent-detector pattern and the worst rows. The rows are the
-held-out tracks as they are, the same tracks with every combination of the absent
-detector groups (TPC, TOF, Bayes: values NaN, flag 0), and rows that are all NaN.
+agreement, figures per block of rows and the worst rows. The rows are the held-out
+tracks as they are, the same tracks with every combination of the absent detector groups
+(TPC, TOF, Bayes: values NaN, flag 0), rows that are all NaN, and edge values (each
+feature in turn at zero, at a very large and a very small magnitude, and negative where
+the feature can be).
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .features import ABSENT_GROUPS, CLASS_NAMES, N_FEATURES, mask_groups
+from .errors import ParityError
+from .features import ABSENT_GROUPS, CLASS_NAMES, FEATURES, GROUPS, N_FEATURES, mask_groups
 
 log = logging.getLogger(__name__)
 
 #: Rows per absent-detector pattern (taken from the held-out rows).
 PATTERN_ROWS = 2000
+#: Held-out rows that each edge value is written into, one feature at a time.
+EDGE_BASE_ROWS = 4
+#: A magnitude far above any physical value of every feature, and one far below.
+EDGE_LARGE = 1e6
+EDGE_SMALL = 1e-30
+#: The 0/1 flags: an edge sweep leaves them alone (O2's encoding never writes other values).
+FLAG_FEATURES: tuple[int, ...] = tuple(
+    int(g["flag"]) for g in GROUPS.values() if g["flag"] is not None)  # type: ignore[arg-type]
+#: Features that take negative values (eta, n-sigma, DCA). pt is |pT| in O2 (never
+#: negative), phi is in [0, 2pi), dE/dx, beta and probabilities are positive.
+NEGATIVE_FEATURES: tuple[int, ...] = tuple(
+    f.index for f in FEATURES if f.name == "eta" or "nsigma" in f.name or f.name.startswith("dca"))
 
 
 def absent_patterns() -> list[tuple[str, ...]]:
@@ -32,24 +47,70 @@ def absent_patterns() -> list[tuple[str, ...]]:
     return out
 
 
-def parity_rows(x_heldout: np.ndarray, *, pattern_rows: int = PATTERN_ROWS,
-                seed: int = 0) -> tuple[np.ndarray, list[tuple[str, slice]]]:
-    """Held-out rows, the NaN-pattern sweep and all-NaN rows, with named slices."""
+def edge_blocks(base: np.ndarray, *, n_base: int = EDGE_BASE_ROWS) -> dict[str, np.ndarray]:
+    """Rows with one feature at a time set to an edge value, plus whole-row extremes.
+
+    ``base`` supplies plausible rows (those with every detector present first); in
+    copies of them each feature other than the 0/1 flags becomes 0, ``EDGE_LARGE``,
+    ``EDGE_SMALL``, and, where the feature can be negative, ``-EDGE_LARGE`` and
+    ``-EDGE_SMALL``. Whole rows of zeros, of large and of small values come on top.
+    """
+    x = np.asarray(base, dtype=np.float32)
+    if len(x) == 0:
+        x = np.zeros((1, N_FEATURES), dtype=np.float32)
+    complete = np.isfinite(x).all(axis=1)
+    order = np.concatenate([np.flatnonzero(complete), np.flatnonzero(~complete)])
+    x = x[order[:n_base]]
+    values = [i for i in range(N_FEATURES) if i not in FLAG_FEATURES]
+
+    def sweep(value: float, features) -> np.ndarray:
+        parts = []
+        for f in features:
+            rows = x.copy()
+            rows[:, f] = value
+            parts.append(rows)
+        whole = np.zeros((1, N_FEATURES), dtype=np.float32)
+        whole[0, list(features)] = value
+        whole[0, list(FLAG_FEATURES)] = 1.0
+        parts.append(whole)
+        return np.concatenate(parts).astype(np.float32)
+
+    all_zero = np.zeros((1, N_FEATURES), dtype=np.float32)
+    return {
+        "edge: zeros": np.concatenate([all_zero, sweep(0.0, values)]),
+        "edge: large": sweep(EDGE_LARGE, values),
+        "edge: small": sweep(EDGE_SMALL, values),
+        "edge: negative": np.concatenate([sweep(-EDGE_LARGE, NEGATIVE_FEATURES),
+                                          sweep(-EDGE_SMALL, NEGATIVE_FEATURES)]),
+    }
+
+
+def parity_blocks(x_heldout: np.ndarray, *, pattern_rows: int = PATTERN_ROWS,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Named row blocks: held-out rows, each absent-detector pattern, all NaN, edges."""
     rng = np.random.default_rng(seed)
     x = np.asarray(x_heldout, dtype=np.float32)
-    parts = [x]
-    names: list[tuple[str, slice]] = [("held-out", slice(0, len(x)))]
-    start = len(x)
+    if x.ndim != 2 or x.shape[1] != N_FEATURES:
+        raise ValueError(f"parity rows: expected float32 [n, {N_FEATURES}], got shape {x.shape}")
+    blocks = {"held-out": x}
     base = x[rng.choice(len(x), size=min(pattern_rows, len(x)), replace=False)] if len(x) else x
     for combo in absent_patterns():
-        rows = mask_groups(base, combo)
-        parts.append(rows)
-        names.append(("no " + "+".join(combo), slice(start, start + len(rows))))
+        blocks["no " + "+".join(combo)] = mask_groups(base, combo)
+    blocks["all NaN"] = np.full((8, N_FEATURES), np.nan, dtype=np.float32)
+    blocks.update(edge_blocks(base))
+    return blocks
+
+
+def parity_rows(x_heldout: np.ndarray, *, pattern_rows: int = PATTERN_ROWS,
+                seed: int = 0) -> tuple[np.ndarray, list[tuple[str, slice]]]:
+    """Held-out rows, the NaN-pattern sweep, all-NaN rows and edge values, with named slices."""
+    blocks = parity_blocks(x_heldout, pattern_rows=pattern_rows, seed=seed)
+    names: list[tuple[str, slice]] = []
+    start = 0
+    for name, rows in blocks.items():
+        names.append((name, slice(start, start + len(rows))))
         start += len(rows)
-    all_nan = np.full((8, N_FEATURES), np.nan, dtype=np.float32)
-    parts.append(all_nan)
-    names.append(("all NaN", slice(start, start + len(all_nan))))
-    return np.concatenate(parts), names
+    return np.concatenate(list(blocks.values())), names
 
 
 def onnx_session(model_bytes: bytes, threads: int = 1):
@@ -146,6 +207,9 @@ def compare(native: np.ndarray, onnx_out: np.ndarray, bound: float, *,
             break
         row = {"row": int(i), "abs_diff": float(row_diff[i]),
                "native": native[i].tolist(), "onnx": onnx_out[i].tolist()}
+        block = next((name for name, sl in names or [] if sl.start <= i < sl.stop), None)
+        if block is not None:
+            row["block"] = block
         if x is not None:
             row["features"] = [None if np.isnan(v) else float(v) for v in x[i]]
         result.worst_rows.append(row)
@@ -158,7 +222,11 @@ def parity_gate(model_bytes: bytes, native_proba: Callable[[np.ndarray], np.ndar
     rows, names = parity_rows(x_heldout, seed=seed)
     sess = onnx_session(model_bytes)
     ort_out = onnx_proba(sess, rows)
-    nat_out = native_proba(rows)
+    nat_out = np.asarray(native_proba(rows))
+    if nat_out.shape != ort_out.shape:
+        raise ParityError(f"parity_gate: the native model gives shape {nat_out.shape} for "
+                          f"{len(rows)} rows, onnxruntime {ort_out.shape}; both must be "
+                          f"[n, {len(CLASS_NAMES)}] probabilities in the order {', '.join(CLASS_NAMES)}")
     result = compare(nat_out, ort_out, bound, names=names, x=rows)
     log.info("parity %s", result.summary())
     return result
