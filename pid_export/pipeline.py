@@ -32,12 +32,13 @@ from .export import (
     write_atomic,
     write_json_atomic,
 )
-from .features import CLASS_NAMES, N_CLASSES, pdg_to_class
+from .features import CLASS_NAMES, N_CLASSES
 from .metrics import classification_summary
-from .models import FitOptions, TrainingData, get_family
+from .models import Family, FitOptions, TrainingData, get_family
 from .parity import ParityResult, parity_gate
 from .reader import iter_chunks, load_column_map
-from .selection import CutFlow, Selections, select, split_keys, stratified_split
+from .selection import CutFlow, Selections, split_keys, stratified_split
+from .streaming import expand_inputs, label_and_select
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +97,10 @@ def load_dataset(
     xs, ys, keys = [], [], []
     n_read = 0
     dropped: Counter[int] = Counter()
+    paths = expand_inputs(paths)
     for chunk in iter_chunks(paths, tree=tree, layout=layout):
         n_read += len(chunk)
-        flow.add("read", len(chunk))
-        if chunk.pdg is None:
-            raise InputError(f"{chunk.source}: no PDG codes (branch fPdgCode or the column map's "
-                             "'pdg'): training needs labelled Monte Carlo; use 'pid-export predict' "
-                             "for unlabelled data")
-        cls = pdg_to_class(chunk.pdg)
-        known = cls >= 0
-        if (~known).any():
-            dropped.update(np.abs(chunk.pdg[~known]).tolist())
-        flow.add("pion, kaon, proton, electron", int(known.sum()))
-        keep = select(chunk, sel, prange, flow, keep=known)
+        keep, cls = label_and_select(chunk, sel, prange, flow, dropped)
         if keep.any():
             xs.append(chunk.x[keep])
             ys.append(cls[keep])
@@ -153,6 +145,20 @@ def load_builtin_sample(n_tracks: int, *, seed: int, selections: Selections | No
 
 
 @dataclass
+class Trained:
+    """A native model trained outside :func:`train_and_export` (out of core, on Dask).
+
+    ``metadata`` goes into the ONNX metadata and ``report`` into the JSON report, beside
+    what :func:`train_and_export` writes itself.
+    """
+
+    native: Any
+    seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ExportResult:
     out: Path
     report_path: Path
@@ -187,9 +193,16 @@ def train_and_export(
     fit_options: FitOptions | None = None,
     parity_bound: float | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    family: Family | None = None,
+    trained: Trained | None = None,
 ) -> ExportResult:
-    """Fit one family on ``ds``, export, check, run the parity gate, write files."""
-    family = get_family(model)
+    """Fit one family on ``ds``, export, check, run the parity gate, write files.
+
+    ``family`` replaces the registered one for ``model`` (e.g. a tree family built
+    with other hyper-parameters, as ``train/`` does). ``trained`` skips the fit and
+    exports that model; ``ds`` then may be a :class:`~pid_export.streaming.StreamedDataset`.
+    """
+    family = family if family is not None else get_family(model)
     out = Path(out)
     report_path = Path(report_path) if report_path else default_report_path(out)
     check_writable(out)
@@ -202,10 +215,14 @@ def train_and_export(
 
     train, val, test = ds.subset(0), ds.subset(1), ds.subset(2)
     if len(test.y) == 0 or len(train.y) == 0:
-        raise SelectionError(f"too few tracks to split ({len(ds.y)}): need more data")
-    t0 = time.perf_counter()
-    native = family.fit(train, val, opts)
-    fit_seconds = time.perf_counter() - t0
+        n = len(train.y) + len(val.y) + len(test.y)
+        raise SelectionError(f"too few tracks to split ({n}): need more data")
+    if trained is None:
+        t0 = time.perf_counter()
+        native = family.fit(train, val, opts)
+        fit_seconds = time.perf_counter() - t0
+    else:
+        native, fit_seconds = trained.native, trained.seconds
 
     proba_test = family.predict_proba(native, test.x)
     test_metrics = classification_summary(test.y, proba_test)
@@ -226,6 +243,7 @@ def train_and_export(
         "test_accuracy": round(test_metrics["accuracy"], 6),
         "test_macro_auc": None if test_metrics["macro_auc"] is None else round(test_metrics["macro_auc"], 6),
     })
+    meta.update(trained.metadata if trained is not None else {})
     meta.update(extra_metadata or {})
     set_metadata(onx, meta)
     blob = model_bytes(onx)
@@ -272,6 +290,7 @@ def train_and_export(
         "parity": parity.as_dict(),
         "metadata": meta,
     }
+    report.update(trained.report if trained is not None else {})
     write_json_atomic(report, report_path)
     return ExportResult(out=target, report_path=report_path, passed=passed, report=report)
 
@@ -295,14 +314,24 @@ class MainOptions:
     epochs: int | None = None
     batch_size: int | None = None
     checkpoint: Path | None = None
+    learning_rate: float | None = None  # nets
+    class_weight: str | None = None  # nets: "none" or "balanced"
+    stream: bool = False  # out of core in this process (xgb)
+    scheduler: str | None = None  # Dask scheduler address (xgb)
+    workers: int | None = None  # Dask LocalCluster of this many workers (xgb)
+    max_memory: int | None = None  # bytes; out-of-core paths only
 
 
 def run_main(opts: MainOptions, echo: Echo = print) -> ExportResult:
     """``pid-export --model M --out F``: read, train, export, gate, report; print figures."""
     family = get_family(opts.model)
-    if family.kind != "net" and (opts.epochs or opts.batch_size or opts.checkpoint):
-        raise ConfigError("--epochs, --batch-size and --checkpoint apply to the nets only "
+    if family.kind != "net" and (opts.epochs or opts.batch_size or opts.checkpoint
+                                 or opts.learning_rate or opts.class_weight):
+        raise ConfigError("--epochs, --batch-size, --checkpoint, --learning-rate and "
+                          "--class-weight apply to the nets only "
                           f"(simplenn, dnn, fse0, fse1), not to --model {opts.model}")
+    if opts.checkpoint is not None and hasattr(family, "check_checkpoint"):
+        family.check_checkpoint(opts.checkpoint)  # a bad checkpoint fails before any reading
     out = Path(opts.out)
     check_writable(out)
     report_path = Path(opts.report) if opts.report else default_report_path(out)
@@ -310,7 +339,12 @@ def run_main(opts: MainOptions, echo: Echo = print) -> ExportResult:
     sel = Selections() if opts.dpg_cuts else Selections.none()
 
     t0 = time.perf_counter()
-    if opts.data:
+    trained = None
+    if opts.stream or opts.scheduler or opts.workers or opts.max_memory:
+        from .outofcore import train_out_of_core
+
+        ds, trained = train_out_of_core(opts, sel, echo)
+    elif opts.data:
         ds = load_dataset(opts.data, tree=opts.tree, column_map=opts.column_map, selections=sel,
                           prange=opts.prange, seed=opts.seed)
     else:
@@ -330,10 +364,12 @@ def run_main(opts: MainOptions, echo: Echo = print) -> ExportResult:
         echo(f"  {part:<16} " + "  ".join(f"{cc[c]:>9}" for c in CLASS_NAMES))
 
     fit = FitOptions(seed=opts.seed, epochs=opts.epochs, batch_size=opts.batch_size,
-                     checkpoint=opts.checkpoint)
-    echo(f"training {opts.model}: {family.description}")
+                     checkpoint=opts.checkpoint, learning_rate=opts.learning_rate,
+                     extra={"class_weight": opts.class_weight} if opts.class_weight else {})
+    if trained is None:
+        echo(f"training {opts.model}: {family.description}")
     res = train_and_export(ds, opts.model, out, report_path=report_path, fit_options=fit,
-                           parity_bound=opts.parity_bound)
+                           parity_bound=opts.parity_bound, trained=trained)
     rep = res.report
     tm = rep["test"]
     auc = "n/a" if tm["macro_auc"] is None else f"{tm['macro_auc']:.4f}"

@@ -32,7 +32,10 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, tree: 
     model_path = Path(model_path)
     assert_contract(model_path)
     sess = onnx_session(model_path.read_bytes(), threads=0)
+    from .streaming import expand_inputs
+
     layout = load_column_map(column_map) if column_map else None
+    paths = expand_inputs(paths)
     frames = []
     for chunk in iter_chunks(paths, tree=tree, layout=layout):
         proba = onnx_proba(sess, chunk.x)

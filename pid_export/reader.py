@@ -159,10 +159,11 @@ class Chunk:
 def _open_root(path: Path):
     import uproot
 
-    if not path.is_file():
+    remote = "://" in str(path)
+    if not remote and not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        return uproot.open(path)
+        return uproot.open(str(path) if remote else path)
     except Exception as err:  # uproot raises several types for non-ROOT input
         raise InputError(f"{path}: not a ROOT file uproot can read ({type(err).__name__}: {err})") from err
 
@@ -183,7 +184,7 @@ def _trees_in(directory) -> list[str]:
 
 def detect_layout(path: Path, tree: str | None = None) -> Layout:
     """Choose a built-in layout from the trees a file holds (or the tree asked for)."""
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if Path(str(path)).suffix.lower() in (".parquet", ".pq"):
         base = LAYOUTS["pidml-mc"]
         return Layout("parquet", ("",), base.columns, base.optional)
     f = _open_root(path)
@@ -247,7 +248,7 @@ def _slices(path: Path, layout: Layout, step: int) -> Iterator[tuple[str, str, d
                 if names:
                     got = t.arrays(names, entry_start=start, entry_stop=stop, library="np")
                     arrays.update(got)
-            yield f"{path.name}:{df + '/' if df else ''}{layout.trees[0]}", df, {
+            yield f"{Path(str(path)).name}:{df + '/' if df else ''}{layout.trees[0]}", df, {
                 q: arrays[b] for q, b in mapped.items()}, start
         if n == 0:
             log.debug("%s:%s is empty", path, df)
@@ -268,7 +269,7 @@ def _parquet_slices(path: Path, layout: Layout, step: int):
     start = 0
     for batch in pf.iter_batches(batch_size=step, columns=sorted(set(mapped.values()))):
         cols = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names}
-        yield f"{path.name}", "", {q: cols[b] for q, b in mapped.items()}, start
+        yield f"{Path(str(path)).name}", "", {q: cols[b] for q, b in mapped.items()}, start
         start += batch.num_rows
 
 
@@ -341,7 +342,7 @@ def iter_chunks(
     if not paths:
         raise InputError("no input files given")
     for file_index, p in enumerate(paths):
-        path = Path(p)
+        path = p if "://" in str(p) else Path(p)
         lay = layout or detect_layout(path, tree)
         log.info("reading %s (layout %s, trees %s)", path, lay.name, "+".join(lay.trees))
         row0 = 0

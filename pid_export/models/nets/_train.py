@@ -62,6 +62,7 @@ class History:
     best_epoch: int = -1  # 0-based; -1: no epoch run
     stopped_early: bool = False
     class_weights: list[float] = field(default_factory=list)
+    devices: int = 1  # local devices the batches were sharded over
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +99,21 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
     perm = rng.permutation(n)
     n_batches = n // size
     return perm[: n_batches * size].reshape(n_batches, size)
+
+
+def data_mesh():
+    """A one-axis mesh over the local devices for data parallelism, or None for one device.
+
+    With several devices (GPUs, or CPU devices forced with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), each batch is split along
+    its rows over the mesh and the model and optimiser state are replicated; ``jax.jit``
+    then partitions the step and averages the gradients across devices, so the update is
+    the one a single device would make on the whole batch.
+    """
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
 def make_epoch_fn(graphdef, cfg: TrainConfig):
@@ -182,6 +198,23 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np
     epoch_fn = make_epoch_fn(train_graphdef, cfg)
     eval_fn = make_eval_fn(eval_graphdef, cfg)
 
+    mesh = data_mesh()
+    batch_size = cfg.batch_size
+    if mesh is not None:
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        # Each device takes an equal share of every batch.
+        batch_size = max(mesh.size, (cfg.batch_size // mesh.size) * mesh.size)
+        rows_spec = NamedSharding(mesh, P(None, "data"))
+        state = jax.device_put(state, NamedSharding(mesh, P()))
+        history.devices = mesh.size
+        log.info("%s: data parallel over %d local devices (batch %d, %d per device)", name,
+                 mesh.size, batch_size, batch_size // mesh.size)
+
+    def shard(a):
+        return a if mesh is None else jax.device_put(a, rows_spec)
+
     xt = jnp.asarray(x_train, dtype=jnp.float32)
     yt = jnp.asarray(y_train, dtype=jnp.int32)
     wt = jnp.asarray(weights)[yt]
@@ -198,8 +231,8 @@ def train(model: nnx.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np
     with logging_redirect_tqdm():
         for epoch in bar:
             t0 = time.perf_counter()
-            idx = jnp.asarray(_batches(len(y_train), cfg.batch_size, rng))
-            state, (losses, accs) = epoch_fn(state, xt[idx], yt[idx], wt[idx])
+            idx = jnp.asarray(_batches(len(y_train), batch_size, rng))
+            state, (losses, accs) = epoch_fn(state, shard(xt[idx]), shard(yt[idx]), shard(wt[idx]))
             train_loss, train_acc = float(jnp.mean(losses)), float(jnp.mean(accs))
             if has_val:
                 val_loss, val_acc = _evaluate(eval_fn, state[0], xv, yv, wv)
