@@ -45,12 +45,23 @@ def handle_errors(func):
     return wrapper
 
 
+def _memory_option(ctx, param, value):
+    if value is None:
+        return None
+    from .streaming import parse_memory
+
+    try:
+        return parse_memory(value)
+    except PidExportError as err:
+        raise click.BadParameter(str(err).split(": ", 1)[-1], ctx=ctx, param=param) from err
+
+
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", type=click.Choice(MODEL_CHOICES), default=None,
               help="Model to train and export (runs the main job).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("pid.onnx"),
               show_default=True, help="ONNX file to write.")
-@click.option("--data", multiple=True, type=click.Path(path_type=Path),
+@click.option("--data", multiple=True, type=str, metavar="FILE|GLOB",
               help="AO2D-style ROOT file(s), flat ROOT trees or Parquet; repeat for more. "
                    "Without it, the built-in fast simulation is used.")
 @click.option("--range", "prange", type=click.Choice(RANGE_CHOICES), default="full",
@@ -76,13 +87,33 @@ def handle_errors(func):
               help="Nets only: training batch size.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Nets only: export this checkpoint folder instead of training.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              show_default="1e-4", help="Nets only: Adam learning rate.")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=None,
+              show_default="none",
+              help="Nets only: focal-loss class weights; 'balanced' (the seed study's) raises "
+                   "kaon/proton/electron efficiency at the cost of accuracy (docs/nets.md).")
+@click.option("--stream", is_flag=True, default=False,
+              help="xgb with --data: read out of core (bounded chunks) and train from a "
+                   "chunk iterator in this process.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="xgb with --data: read and train on the Dask cluster at ADDRESS "
+                   "(e.g. tcp://HOST:8786); needs the 'dask' extra.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="xgb with --data: read and train on a local Dask cluster of N workers "
+                   "(127.0.0.1), started and stopped by this command.")
+@click.option("--max-memory", default=None, metavar="SIZE", callback=_memory_option,
+              show_default="a quarter of RAM, at most 2 GiB",
+              help="Memory hint for --stream/--scheduler/--workers (e.g. 4GiB, 800MB): "
+                   "bounds the chunk size and the held-out rows kept.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors in the log.")
 @click.version_option(__version__, prog_name="pid-export")
 @click.pass_context
 @handle_errors
 def main(ctx, model, out, data, prange, seed, tree, column_map, tracks, report, no_dpg_cuts,
-         parity_bound, epochs, batch_size, checkpoint, verbose, quiet):
+         parity_bound, epochs, batch_size, checkpoint, learning_rate, class_weight, stream,
+         scheduler, workers, max_memory, verbose, quiet):
     """Train a PID classifier, export it to ONNX for O2 and prove onnxruntime agrees.
 
     \b
@@ -105,6 +136,7 @@ def main(ctx, model, out, data, prange, seed, tree, column_map, tracks, report, 
         model=model, out=out, data=tuple(data), prange=prange, seed=seed, tree=tree,
         column_map=column_map, tracks=tracks, report=report, dpg_cuts=not no_dpg_cuts,
         parity_bound=parity_bound, epochs=epochs, batch_size=batch_size, checkpoint=checkpoint,
+        learning_rate=learning_rate, class_weight=class_weight, stream=stream, scheduler=scheduler, workers=workers, max_memory=max_memory,
     )
     result = run_main(opts, echo=click.echo)
     if not result.passed:
@@ -133,7 +165,7 @@ def simulate(tracks, out, seed, tracks_per_df):
 @main.command()
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Exported ONNX model.")
-@click.option("--data", multiple=True, type=click.Path(path_type=Path), required=True,
+@click.option("--data", multiple=True, type=str, metavar="FILE|GLOB", required=True,
               help="AO2D-style ROOT file(s) or Parquet; labels are not needed.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Parquet file with one row per track.")
@@ -150,7 +182,20 @@ def predict(model_path, data, out, tree, column_map):
 
 # Subcommands of later stages register themselves here.
 def _register_optional_commands() -> None:
-    pass
+    from . import cpp_cli  # noqa: F401  (attaches `pid-export cpp`)
+    from .ccdb_cli import ccdb, upload
+
+    main.add_command(upload)
+    main.add_command(ccdb)
+    from .validate_cli import register as register_validate
+
+    register_validate(main)
+    from .evaluate_cli import evaluate
+
+    main.add_command(evaluate)
+    from .study_cli import register as register_study
+
+    register_study(main)
 
 
 _register_optional_commands()
