@@ -87,6 +87,8 @@ def _memory_option(ctx, param, value):
               help="Nets only: training batch size.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Nets only: export this checkpoint folder instead of training.")
+@click.option("--resume", is_flag=True, default=False,
+              help="Nets only: with --checkpoint, go on training from it (then export).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               show_default="1e-4", help="Nets only: Adam learning rate.")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=None,
@@ -112,7 +114,7 @@ def _memory_option(ctx, param, value):
 @click.pass_context
 @handle_errors
 def main(ctx, model, out, data, prange, seed, tree, column_map, tracks, report, no_dpg_cuts,
-         parity_bound, epochs, batch_size, checkpoint, learning_rate, class_weight, stream,
+         parity_bound, epochs, batch_size, checkpoint, resume, learning_rate, class_weight, stream,
          scheduler, workers, max_memory, verbose, quiet):
     """Train a PID classifier, export it to ONNX for O2 and prove onnxruntime agrees.
 
@@ -136,7 +138,7 @@ def main(ctx, model, out, data, prange, seed, tree, column_map, tracks, report, 
         model=model, out=out, data=tuple(data), prange=prange, seed=seed, tree=tree,
         column_map=column_map, tracks=tracks, report=report, dpg_cuts=not no_dpg_cuts,
         parity_bound=parity_bound, epochs=epochs, batch_size=batch_size, checkpoint=checkpoint,
-        learning_rate=learning_rate, class_weight=class_weight, stream=stream, scheduler=scheduler, workers=workers, max_memory=max_memory,
+        resume=resume, learning_rate=learning_rate, class_weight=class_weight, stream=stream, scheduler=scheduler, workers=workers, max_memory=max_memory,
     )
     result = run_main(opts, echo=click.echo)
     if not result.passed:

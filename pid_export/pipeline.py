@@ -315,6 +315,7 @@ class MainOptions:
     batch_size: int | None = None
     checkpoint: Path | None = None
     learning_rate: float | None = None  # nets
+    resume: bool = False  # nets: go on training from --checkpoint
     class_weight: str | None = None  # nets: "none" or "balanced"
     stream: bool = False  # out of core in this process (xgb)
     scheduler: str | None = None  # Dask scheduler address (xgb)
@@ -325,11 +326,13 @@ class MainOptions:
 def run_main(opts: MainOptions, echo: Echo = print) -> ExportResult:
     """``pid-export --model M --out F``: read, train, export, gate, report; print figures."""
     family = get_family(opts.model)
-    if family.kind != "net" and (opts.epochs or opts.batch_size or opts.checkpoint
+    if family.kind != "net" and (opts.epochs or opts.batch_size or opts.checkpoint or opts.resume
                                  or opts.learning_rate or opts.class_weight):
-        raise ConfigError("--epochs, --batch-size, --checkpoint, --learning-rate and "
+        raise ConfigError("--epochs, --batch-size, --checkpoint, --resume, --learning-rate and "
                           "--class-weight apply to the nets only "
                           f"(simplenn, dnn, fse0, fse1), not to --model {opts.model}")
+    if opts.resume and opts.checkpoint is None:
+        raise ConfigError("--resume goes on training from a checkpoint: pass --checkpoint DIR")
     if opts.checkpoint is not None and hasattr(family, "check_checkpoint"):
         family.check_checkpoint(opts.checkpoint)  # a bad checkpoint fails before any reading
     out = Path(opts.out)
@@ -365,7 +368,8 @@ def run_main(opts: MainOptions, echo: Echo = print) -> ExportResult:
 
     fit = FitOptions(seed=opts.seed, epochs=opts.epochs, batch_size=opts.batch_size,
                      checkpoint=opts.checkpoint, learning_rate=opts.learning_rate,
-                     extra={"class_weight": opts.class_weight} if opts.class_weight else {})
+                     extra={**({"class_weight": opts.class_weight} if opts.class_weight else {}),
+                            **({"resume": True} if opts.resume else {})})
     if trained is None:
         echo(f"training {opts.model}: {family.description}")
     res = train_and_export(ds, opts.model, out, report_path=report_path, fit_options=fit,
