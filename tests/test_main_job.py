@@ -189,3 +189,17 @@ def test_predict_refuses_a_model_breaking_the_contract(tmp_path, real_ao2d):
     res = run(["predict", "--model", str(bad), "--data", str(real_ao2d), "--out", str(tmp_path / "p.parquet")])
     assert res.exit_code == 3 and "input_shape" in res.output
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_net_only_options_refused_for_trees(tmp_path):
+    for extra in (["--class-weight", "balanced"], ["--learning-rate", "1e-3"], ["--resume"]):
+        res = run(["--model", "xgb", "--out", str(tmp_path / "p.onnx"), *extra])
+        assert res.exit_code == 2 and "apply to the nets only" in res.output, res.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    pytest.importorskip("jax")
+    res = run(["--model", "simplenn", "--out", str(tmp_path / "p.onnx"), "--resume"])
+    assert res.exit_code == 2 and "--checkpoint" in res.output
+    assert not list(tmp_path.iterdir())
