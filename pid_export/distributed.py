@@ -33,6 +33,7 @@ import numpy as np
 from .errors import ConfigError, PidExportError
 from .features import N_CLASSES, N_FEATURES
 from .models import TrainingData
+from .models.trees import keep_best
 from .reader import Layout
 from .selection import TEST_FRACTION, Selections, split_keys
 from .streaming import (
@@ -366,28 +367,8 @@ def _load_on_dask(client: Client, files: list[str], paths: Sequence[str | Path],
 
 
 def xgb_params(family, seed: int) -> tuple[dict[str, Any], int, int]:
-    """The native-API parameters equal to the family's (XGBClassifier) settings."""
-    p = family.params
-    params = {
-        "objective": "multi:softprob",
-        "num_class": N_CLASSES,
-        "tree_method": "hist",
-        "eval_metric": "mlogloss",
-        "max_depth": p["max_depth"],
-        "learning_rate": p["learning_rate"],
-        "seed": seed,
-    }
-    return params, int(p["n_estimators"]), int(p["early_stopping_rounds"])
-
-
-def keep_best(booster):
-    """The booster cut at its best iteration, so native and ONNX use the same trees."""
-    best = booster.attr("best_iteration")
-    rounds = booster.num_boosted_rounds()
-    if best is not None and int(best) + 1 < rounds:
-        booster = booster[: int(best) + 1]
-    log.info("xgboost: %d boosting rounds kept of %d", booster.num_boosted_rounds(), rounds)
-    return booster
+    """The native-API parameters of the XGBoost family (shared with its in-memory fit)."""
+    return family.native_params(seed)
 
 
 def train_xgb_on_dask(client: Client, data: DaskData, family, *, seed: int,

@@ -100,7 +100,8 @@ def fit_xgb_streamed(cache: RowCache, family, *, seed: int, plan: MemoryPlan,
     """
     import xgboost as xgb
 
-    from .distributed import keep_best, xgb_params
+    from .distributed import xgb_params
+    from .models.trees import keep_best
     from .models.trees import _threads
 
     params, rounds, patience = xgb_params(family, seed)

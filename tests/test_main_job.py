@@ -203,3 +203,15 @@ def test_resume_needs_a_checkpoint(tmp_path):
     res = run(["--model", "simplenn", "--out", str(tmp_path / "p.onnx"), "--resume"])
     assert res.exit_code == 2 and "--checkpoint" in res.output
     assert not list(tmp_path.iterdir())
+
+
+def test_a_species_missing_from_the_training_data(tmp_path):
+    path = write_ao2d(tmp_path / "in.root",
+                      [{"O2pidtracksmc": pidml_branches(1500, s, pdg=(211, 321, 2212))} for s in range(2)])
+    res = run(["--model", "xgb", "--data", str(path), "--out", str(tmp_path / "x.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "absent from the test split" in res.output
+    assert not failures(check_contract(tmp_path / "x.onnx"))
+    res = run(["--model", "rf", "--data", str(path), "--out", str(tmp_path / "r.onnx")])
+    assert res.exit_code == 2 and "no electron" in res.output
+    assert not (tmp_path / "r.onnx").exists()

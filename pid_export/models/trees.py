@@ -38,27 +38,33 @@ class XGBoostFamily:
         self.params = dict(max_depth=max_depth, learning_rate=learning_rate,
                            n_estimators=n_estimators, early_stopping_rounds=early_stopping_rounds)
 
+    def native_params(self, seed: int) -> tuple[dict, int, int]:
+        """(xgboost.train parameters, boosting rounds, early-stopping patience)."""
+        p = self.params
+        params = {
+            "objective": "multi:softprob",
+            # Always four classes: a class absent from the training part keeps its column.
+            "num_class": N_CLASSES,
+            "tree_method": "hist",
+            "eval_metric": "mlogloss",
+            "max_depth": p["max_depth"],
+            "learning_rate": p["learning_rate"],
+            "seed": seed,
+        }
+        return params, int(p["n_estimators"]), int(p["early_stopping_rounds"])
+
     def fit(self, train: TrainingData, val: TrainingData, opts: FitOptions):
         import xgboost as xgb
 
-        model = xgb.XGBClassifier(
-            objective="multi:softprob",
-            num_class=N_CLASSES,
-            tree_method="hist",
-            eval_metric="mlogloss",
-            random_state=opts.seed,
-            n_jobs=_threads(),
-            **self.params,
-        )
-        model.fit(train.x, train.y, eval_set=[(val.x, val.y)], verbose=False)
-        booster = model.get_booster()
-        best = getattr(model, "best_iteration", None)
-        rounds = booster.num_boosted_rounds()
-        if best is not None and best + 1 < rounds:
-            # Keep the best iteration only, so native and ONNX use the same trees.
-            booster = booster[: best + 1]
-        log.info("xgboost: %d boosting rounds kept of %d", booster.num_boosted_rounds(), rounds)
-        return booster
+        params, rounds, patience = self.native_params(opts.seed)
+        params["nthread"] = _threads()
+        dtrain = xgb.DMatrix(train.x, label=train.y, missing=np.nan, nthread=_threads())
+        evals = [(xgb.DMatrix(val.x, label=val.y, missing=np.nan, nthread=_threads()), "validation")]
+        if len(val.y) == 0:  # no validation rows: no early stopping
+            evals, patience = [], None
+        booster = xgb.train(params, dtrain, num_boost_round=rounds, evals=evals,
+                            early_stopping_rounds=patience, verbose_eval=False)
+        return keep_best(booster)
 
     def predict_proba(self, native, x: np.ndarray) -> np.ndarray:
         import xgboost as xgb
@@ -92,6 +98,16 @@ class XGBoostFamily:
             "params": self.params,
             "importance_gain": {name: float(gain.get(f"f{i}", 0.0)) for i, name in enumerate(FEATURE_NAMES)},
         }
+
+
+def keep_best(booster):
+    """The booster cut at its best iteration, so native and ONNX use the same trees."""
+    best = booster.attr("best_iteration")
+    rounds = booster.num_boosted_rounds()
+    if best is not None and int(best) + 1 < rounds:
+        booster = booster[: int(best) + 1]
+    log.info("xgboost: %d boosting rounds kept of %d", booster.num_boosted_rounds(), rounds)
+    return booster
 
 
 def _fold_base_values(model) -> None:
@@ -197,8 +213,15 @@ class RandomForestFamily:
         pipe.fit(x, y)
         forest = pipe.named_steps["forest"]
         if list(forest.classes_) != list(range(N_CLASSES)):
-            # predict_proba columns follow classes_: a missing class would shift them.
-            raise ValueError(f"random forest saw classes {list(forest.classes_)}, expected 0..{N_CLASSES - 1}")
+            # predict_proba columns follow classes_: a missing class would drop a column.
+            from ..errors import SelectionError
+            from ..features import CLASS_NAMES
+
+            missing = [CLASS_NAMES[c] for c in range(N_CLASSES) if c not in set(forest.classes_)]
+            raise SelectionError(
+                f"the training tracks hold no {', '.join(missing)}: a Random Forest can only "
+                "give the four-class output O2 reads when every class is trained on; add "
+                "Monte Carlo with those species or use --model xgb, which keeps the column")
         return pipe
 
     def predict_proba(self, native, x: np.ndarray) -> np.ndarray:
