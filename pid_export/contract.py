@@ -214,7 +214,7 @@ def metadata_check(model) -> Check:
     props = {p.key: p.value for p in model.metadata_props}
     missing = [k for k in REQUIRED_METADATA if k not in props]
     if missing:
-        return Check("metadata", False, f"missing keys {missing} (DESIGN §3); "
+        return Check("metadata", False, f"missing keys {missing} (the O2 contract, see README 'What the checks mean'); "
                      "export with pid-export or add them")
     try:
         meta = {k: json.loads(props[k]) for k in REQUIRED_METADATA}

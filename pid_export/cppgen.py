@@ -172,7 +172,7 @@ def _model_facts(model_path: Path, features_file: str | Path | None) -> _ModelFa
         if missing:
             raise InputError(
                 f"{model_path}: the ONNX metadata lacks {', '.join(missing)} (keys that "
-                "pid-export writes on export, DESIGN §3), so the feature order is unknown; "
+                "pid-export writes on export), so the feature order is unknown; "
                 "pass --features FILE listing the model's input features in order"
             )
         names = _checked_names(meta["feature_names"], f"{model_path} metadata feature_names")
@@ -214,7 +214,7 @@ def _model_facts(model_path: Path, features_file: str | Path | None) -> _ModelFa
     if meta.get("missing_value", "nan") != "nan":
         raise InputError(
             f"{model_path}: metadata missing_value is {meta['missing_value']!r}, but the "
-            "generated C++ feeds NaN for absent values (DESIGN §2); export the model "
+            "generated C++ feeds NaN for absent values; export the model "
             "with NaN as its missing value"
         )
     return _ModelFacts(
@@ -238,7 +238,7 @@ def _graph_input(model: Any, model_path: Path) -> tuple[str, int | None]:
     if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise InputError(
             f"{model_path}: graph inputs {[i.name for i in inputs]}; the C++ feeds one "
-            "float32 [N, F] input (DESIGN §3): export the model with a single float input"
+            "float32 [N, F] input: export the model with a single float input"
         )
     return inputs[0].name, _dim(inputs[0], 1)
 
@@ -251,7 +251,7 @@ def _graph_output(model: Any, model_path: Path) -> tuple[str, int | None]:
     if last.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise InputError(
             f"{model_path}: the last output {last.name!r} is not a float tensor; O2 reads "
-            "the class probabilities from the last output (DESIGN §3): export them last"
+            "the class probabilities from the last output: export them last"
         )
     return last.name, _dim(last, -1)
 

@@ -82,10 +82,18 @@ def load_model(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such ONNX file")
+    data = path.read_bytes()
+    if not data:
+        raise InputError(f"{path}: the file is empty, not an ONNX model")
+    model = onnx.ModelProto()
     try:
-        return onnx.load(str(path), load_external_data=False)
+        # Parse the bytes ourselves: onnx.load picks a text parser from a .json/.txt suffix.
+        model.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as err:
-        raise InputError(f"{path}: not a readable ONNX model ({err})") from err
+        raise InputError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from err
+    if not model.graph.node and not model.graph.input:
+        raise InputError(f"{path}: not an ONNX model (no graph inside)")
+    return model
 
 
 def normalise(model, *, proba_output: str | None = None):

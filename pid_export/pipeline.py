@@ -60,6 +60,7 @@ class Dataset:
     selections: dict
     seed: int
     simulated: dict | None = None
+    absent_features: list[str] = field(default_factory=list)
 
     def subset(self, part: int) -> TrainingData:
         m = self.part == part
@@ -123,8 +124,26 @@ def load_dataset(
         raise SelectionError(f"only one class ({only}) left after the selections ({len(y)} tracks): "
                              "a classifier needs at least two; check the PDG codes and the range")
     part = stratified_split(y, np.concatenate(keys))
+    absent = absent_features(x)
+    if absent:
+        log.warning("features absent (NaN, or flag 0) for every selected track: %s; check the "
+                    "file's branches or the column map", ", ".join(absent))
     return Dataset(x=x, y=y, part=part, flow=flow, n_read=n_read, dropped_species=dict(dropped),
-                   sources=[str(p) for p in paths], prange=prange, selections=sel.as_dict(), seed=seed)
+                   sources=[str(p) for p in paths], prange=prange, selections=sel.as_dict(), seed=seed,
+                   absent_features=absent)
+
+
+def absent_features(x: np.ndarray) -> list[str]:
+    """Features that carry no information: NaN for every row, or a flag that is always 0."""
+    from .features import FEATURE_NAMES, GROUPS
+
+    flags = {g["flag"] for g in GROUPS.values() if g["flag"] is not None}
+    out = []
+    for i, name in enumerate(FEATURE_NAMES):
+        col = x[:, i]
+        if np.isnan(col).all() or (i in flags and not (col > 0).any()):
+            out.append(name)
+    return out
 
 
 def load_builtin_sample(n_tracks: int, *, seed: int, selections: Selections | None = None,
@@ -184,6 +203,21 @@ def check_writable(path: Path) -> None:
         raise InputError(f"{path}: is a folder; give a file name such as {path / 'pid.onnx'}")
 
 
+def check_output_names(out: Path, report_path: Path) -> None:
+    """Refuse a report path that would overwrite the model or a file written beside it."""
+    out, report_path = Path(out), Path(report_path)
+    stem = out.with_suffix("")
+    ours = {out, failed_name(out), failed_name(out, "CONTRACT-FAILED"),
+            stem.with_name(stem.name + ".xgb.ubj")}
+    resolved = {p.resolve() for p in ours}
+    if report_path.resolve() in resolved or report_path.suffix == ".onnx":
+        raise ConfigError(f"--report {report_path}: that name is (or looks like) the model "
+                          f"{out} or a file written beside it; choose a .json name such as "
+                          f"{default_report_path(out)}")
+    if report_path.resolve().is_dir() or report_path.name.endswith(".ckpt"):
+        raise ConfigError(f"--report {report_path}: is a folder; give a .json file name")
+
+
 def train_and_export(
     ds: Dataset,
     model: str,
@@ -205,6 +239,7 @@ def train_and_export(
     family = family if family is not None else get_family(model)
     out = Path(out)
     report_path = Path(report_path) if report_path else default_report_path(out)
+    check_output_names(out, report_path)
     check_writable(out)
     check_writable(report_path)
     opts = fit_options or FitOptions(seed=ds.seed)
@@ -239,6 +274,8 @@ def train_and_export(
         "training_data_digest": ds.digest,
         "training_sources": ds.sources,
         "selections": ds.selections,
+        "selections_skipped": dict(ds.flow.skipped),
+        "features_absent_in_training": list(getattr(ds, "absent_features", [])),
         "seed": ds.seed,
         "test_accuracy": round(test_metrics["accuracy"], 6),
         "test_macro_auc": None if test_metrics["macro_auc"] is None else round(test_metrics["macro_auc"], 6),
@@ -338,7 +375,10 @@ def run_main(opts: MainOptions, echo: Echo = print) -> ExportResult:
     out = Path(opts.out)
     check_writable(out)
     report_path = Path(opts.report) if opts.report else default_report_path(out)
+    check_output_names(out, report_path)
     check_writable(report_path)
+    if opts.parity_bound is not None and not opts.parity_bound > 0:
+        raise ConfigError(f"--parity-bound must be a positive number, got {opts.parity_bound}")
     sel = Selections() if opts.dpg_cuts else Selections.none()
 
     t0 = time.perf_counter()
@@ -361,6 +401,14 @@ def run_main(opts: MainOptions, echo: Echo = print) -> ExportResult:
         echo(f"  skipped {step}: {why}")
     if ds.dropped_species:
         echo(f"  dropped {sum(ds.dropped_species.values())} tracks of other species")
+    absent = getattr(ds, "absent_features", [])
+    if absent:
+        echo(f"WARNING: {len(absent)} of 22 features are absent for every track ({', '.join(absent)}):"
+             " the model cannot use them; check the branches or the column map")
+    xs = getattr(ds, "x", None)
+    if xs is not None and len(xs) and (xs[:, 20] > 0).all():
+        echo("note: every training track has TPC (the TPC-cluster cut): predictions for tracks "
+             "without TPC are outside what the model has seen")
     counts = ds.class_counts()
     echo("tracks per class   " + "  ".join(f"{c:>9}" for c in CLASS_NAMES))
     for part, cc in counts.items():

@@ -61,6 +61,18 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, tree: 
     return pd.concat(frames, ignore_index=True)
 
 
+def _trained_with_tpc_only(model_path) -> bool:
+    """Whether the model's metadata says its training tracks all had TPC."""
+    from .export import read_metadata
+
+    meta = read_metadata(model_path)
+    sel = meta.get("selections") or {}
+    skipped = meta.get("selections_skipped") or {}
+    if not isinstance(sel, dict) or sel.get("min_tpc_clusters") in (None, 0):
+        return False
+    return not any("TPC clusters" in k for k in skipped)
+
+
 def run_predict(model_path, paths, out, *, tree=None, column_map=None,
                 echo: Callable[[str], None] = print):
     out = Path(out)
@@ -79,5 +91,10 @@ def run_predict(model_path, paths, out, *, tree=None, column_map=None,
     for name, f, c in zip(CLASS_NAMES, frac, np.bincount(df["predicted_class"], minlength=4)):
         echo(f"  {name:<10} {100 * f:6.2f}%  ({c} tracks)")
     echo(f"  with TPC {int(df['has_tpc'].sum())}, with TOF {int(df['has_tof'].sum())} of {n}")
+    no_tpc = int((df["has_tpc"] == 0).sum())
+    if no_tpc and _trained_with_tpc_only(model_path):
+        echo(f"WARNING: {no_tpc} tracks have no TPC, but the model was trained on tracks that all "
+             "had TPC (>= 70 TPC clusters): their predictions are extrapolations; select "
+             "has_tpc == 1 or train without the TPC-cluster cut")
     echo(f"wrote {out}")
     return df

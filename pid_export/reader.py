@@ -75,7 +75,7 @@ def _pidml_columns() -> dict[str, str]:
 
 
 _PIDML_OPTIONAL = frozenset(
-    {"sign", "dcaXY", "dcaZ", "pdg", "tpcNCls", "itsClusterMap", "beta", "px", "py", "pz"}
+    {"pt", "sign", "dcaXY", "dcaZ", "pdg", "tpcNCls", "itsClusterMap", "beta", "px", "py", "pz"}
     | {f"bayes{sp}" for sp in ("Pi", "Ka", "Pr", "El")}
 )
 
@@ -178,8 +178,13 @@ def _df_folders(f) -> list[str]:
 
 
 def _trees_in(directory) -> list[str]:
-    return sorted({k.split(";")[0] for k, c in directory.classnames(recursive=False).items()
-                   if c in ("TTree", "ROOT::Experimental::RNTuple")})
+    names = directory.classnames(recursive=False)
+    rntuples = sorted({k.split(";")[0] for k, c in names.items() if "RNTuple" in c})
+    if rntuples:
+        raise InputError(f"{directory.file.file_path}: {', '.join(rntuples)} is an RNTuple, not a "
+                         "TTree; AO2D files hold TTrees: write the tree with uproot's mktree "
+                         "(or ROOT's TTree) and try again")
+    return sorted({k.split(";")[0] for k, c in names.items() if c == "TTree"})
 
 
 def detect_layout(path: Path, tree: str | None = None) -> Layout:
@@ -235,8 +240,12 @@ def _slices(path: Path, layout: Layout, step: int) -> Iterator[tuple[str, str, d
         try:
             mapped = layout.branches_for(set(available))
         except KeyError as err:
+            hint = ("fix that entry of the column map" if layout.name not in LAYOUTS and
+                    not layout.name.startswith("flat:") else "pass --column-map to map it")
+            if "(pt)" in err.args[0]:
+                hint += " (or map px, py and pz, from which pT is derived)"
             raise InputError(f"{path}:{df}/{'+'.join(layout.trees)}: missing branch {err.args[0]}; "
-                             "pass --column-map to map it") from None
+                             f"{hint}") from None
         for branch in set(mapped.values()):
             branch_of_tree.setdefault(available[branch], []).append(branch)
         n = next(iter(sizes.values()))

@@ -99,7 +99,7 @@ def _load_xgboost(path: Path) -> NativeModel:
     if objective == "multi:softmax":
         raise InputError(f"--native {path}: objective multi:softmax predicts labels, not "
                          "probabilities; train with multi:softprob (its ONNX export holds raw "
-                         "scores too, DESIGN §8)")
+                         "scores too)")
     if objective != "multi:softprob" or n_class != N_CLASSES:
         raise InputError(f"--native {path}: objective {objective} with {n_class} classes; "
                          f"expected multi:softprob with {N_CLASSES} classes")

@@ -215,3 +215,48 @@ def test_a_species_missing_from_the_training_data(tmp_path):
     res = run(["--model", "rf", "--data", str(path), "--out", str(tmp_path / "r.onnx")])
     assert res.exit_code == 2 and "no electron" in res.output
     assert not (tmp_path / "r.onnx").exists()
+
+
+def test_report_may_not_overwrite_the_model(tmp_path):
+    out = tmp_path / "same.onnx"
+    for report in (out, tmp_path / "same.xgb.ubj", tmp_path / "other.onnx"):
+        res = run(["--model", "xgb", "--out", str(out), "--report", str(report), "--tracks", "2000"])
+        assert res.exit_code == 2 and "--report" in res.output, res.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_parity_bound_refused_before_training(tmp_path):
+    for bound in ("0", "-1", "nan"):
+        res = run(["--model", "xgb", "--out", str(tmp_path / "p.onnx"), "--parity-bound", bound])
+        assert res.exit_code == 2 and "parity-bound" in res.output
+        assert "simulating" not in res.output
+
+
+def test_unmapped_features_are_named(tmp_path):
+    b = pidml_branches(2000, 1)
+    path = write_ao2d(tmp_path / "in.root", [{"T": b}])
+    cmap = tmp_path / "map.toml"
+    cmap.write_text('trees = ["T"]\n[columns]\npt = "fPt"\npx = "fPx"\npy = "fPy"\npz = "fPz"\n'
+                    'tpcSignal = "fTPCSignal"\npdg = "fPdgCode"\n')
+    res = run(["--model", "xgb", "--data", str(path), "--column-map", str(cmap), "--no-dpg-cuts",
+               "--out", str(tmp_path / "p.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "features are absent for every track" in res.output and "tof_beta" in res.output
+    rep = json.loads((tmp_path / "p.report.json").read_text())
+    assert "tpc_nsigma_pi" in rep["metadata"]["features_absent_in_training"]
+
+
+@pytest.mark.parametrize("name,content", [("m.json", b"{}"), ("m.onnx", b""), ("m.onnx", b"\x00\x01junk")])
+def test_not_a_model(tmp_path, real_ao2d, name, content):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    res = run(["predict", "--model", str(bad), "--data", str(real_ao2d), "--out", str(tmp_path / "p.parquet")])
+    assert res.exit_code == 2 and name in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_predict_warns_about_tracks_without_tpc(tmp_path, real_ao2d):
+    out = tmp_path / "pid.onnx"
+    assert run(["--model", "xgb", "--out", str(out), "--tracks", "5000"]).exit_code == 0
+    res = run(["predict", "--model", str(out), "--data", str(real_ao2d), "--out", str(tmp_path / "p.parquet")])
+    assert res.exit_code == 0 and "90 tracks have no TPC" in res.output
