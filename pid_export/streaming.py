@@ -262,8 +262,8 @@ def label_and_select(chunk, sel: Selections, prange: str, flow: CutFlow,
     flow.add("read", len(chunk))
     if chunk.pdg is None:
         raise InputError(f"{chunk.source}: no PDG codes (branch fPdgCode or the column map's "
-                         "'pdg'): training needs labelled Monte Carlo; use 'pid-export predict' "
-                         "for unlabelled data")
+                         "'pdg'): training and evaluation need labelled Monte Carlo; use "
+                         "'pid-export predict' for unlabelled data")
     cls = pdg_to_class(chunk.pdg)
     known = cls >= 0
     if (~known).any():
