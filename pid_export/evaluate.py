@@ -72,18 +72,6 @@ class Evaluation:
         return asdict(self)
 
 
-def _gate_table(gates: np.ndarray, y: np.ndarray,
-                groups: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    """Mean gate per detector group and true class (None for a class with no tracks)."""
-    table: dict[str, dict[str, float | None]] = {}
-    for gi, g in enumerate(groups):
-        table[g] = {}
-        for c, name in enumerate(CLASS_NAMES):
-            sel = y == c
-            table[g][name] = float(gates[sel, gi].mean()) if sel.any() else None
-    return table
-
-
 def _load_gate_model(model_path: Path, checkpoint: Path | None, session,
                      probe: np.ndarray) -> tuple[Any, str | None]:
     """The FSE Phase 1 checkpoint that belongs to ``model_path``, or None and why not."""
@@ -134,9 +122,10 @@ def evaluate_arrays(model_path: str | Path, x: np.ndarray, y: np.ndarray,
         native, note = _load_gate_model(model_path, checkpoint, session, inputs["full"][:512])
         result.gate_note = note
         if native is not None:
+            from .evaluation import gate_table
             from .models.nets._layers import GROUP_ORDER
 
-            result.gates = {name: _gate_table(native.gates(xs), y, GROUP_ORDER)
+            result.gates = {name: gate_table(native.gates(xs), y, GROUP_ORDER)
                             for name, xs in inputs.items()}
     elif checkpoint is not None:
         log.warning("--checkpoint is used for FSE Phase 1 gate values only; %s is a %s model",

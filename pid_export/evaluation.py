@@ -17,6 +17,8 @@ A class with no test track is marked ``absent`` everywhere instead of breaking a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,10 +242,11 @@ def efficiency_purity_vs_pt(y: np.ndarray, proba: np.ndarray, pt: np.ndarray, ed
 # --------------------------------------------------------------------------- model insight
 
 
-def gate_table(gates: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float | None]]:
+def gate_table(gates: np.ndarray, y: np.ndarray,
+               groups: Sequence[str] = GATE_GROUPS) -> dict[str, dict[str, float | None]]:
     """Mean gate value per detector group and true class (``None`` for an absent class)."""
     table: dict[str, dict[str, float | None]] = {}
-    for g, group in enumerate(GATE_GROUPS):
+    for g, group in enumerate(groups):
         table[group] = {}
         for c, name in enumerate(CLASS_NAMES):
             sel = y == c
